@@ -1,0 +1,1 @@
+"""Three-stage LoRA training of the PiTe model on DeepSpeed."""
