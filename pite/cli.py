@@ -69,6 +69,10 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("demo", help="run the end-to-end demo on the tiny-model kit and sample clips")
     p.add_argument("--out", default="outputs/demo", help="output folder (default: outputs/demo)")
     p.set_defaults(func=_cmd_demo)
+
+    from pite.viewer import add_view_command
+
+    add_view_command(sub)
     return parser
 
 
