@@ -40,20 +40,24 @@ class NounPhraseStepSettings:
         ["front", "the camera", "camera", "the background", "background", "the left", "the right", "the side",
          "the middle", "the top", "the bottom", "the end", "the beginning", "the day", "the night", "night",
          "time", "the moment", "a moment", "the video", "the screen", "the scene", "the view", "the distance"],
-        "Lower-case phrases (or their head word) that are not objects and are dropped.")
+        "Lower-case non-object phrases to drop: a phrase is dropped when it, or it without its leading "
+        "determiner, equals one of these.")
     max_words: int = option(8, "Drop phrases longer than this many words.", ge=1)
 
 
 @dataclass
 class GroundingSettings:
-    backend: Literal["gdino_sam", "gdino_box"] = option(
-        "gdino_sam", "gdino_sam: GroundingDINO boxes then SAM masks; gdino_box: box-shaped masks (no SAM).")
+    backend: str = option(
+        "gdino_sam", "Grounder: gdino_sam (GroundingDINO boxes, then SAM masks), gdino_box (box-shaped masks, "
+        "no SAM), or another registered in pipeline.grounding.GROUNDERS.")
     detector: str = option("IDEA-Research/grounding-dino-tiny",
                            "GroundingDINO weights: HF repo id, local folder, or tinykit://gdino.", model="gdino")
     sam_checkpoint: str = option("", "segment-anything checkpoint (.pth) or tinykit://sam.", model="sam")
     sam_model_type: Literal["vit_h", "vit_l", "vit_b"] = option("vit_h", "segment-anything architecture.")
-    box_threshold: float = option(0.35, "Minimum box score.", ge=0, le=1)
-    text_threshold: float = option(0.25, "Minimum text-token score.", ge=0, le=1)
+    box_threshold: float = option(0.35, "Minimum phrase score of a box (max over the phrase's tokens; see "
+                                  "pipeline.grounding.gdino_sam).", ge=0, le=1)
+    text_threshold: float = option(0.25, "Minimum phrase token score (matters only above box_threshold).",
+                                   ge=0, le=1)
     min_area_frac: float = option(0.002, "Drop masks smaller than this fraction of the frame.", ge=0, lt=1)
     device: str = option("auto", "auto, cpu, cuda or cuda:N.")
 

@@ -42,6 +42,12 @@ def _cmd_annotate(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_features(args: argparse.Namespace) -> int:
+    from pite.features import run_features
+
+    return run_features(args.config, args.set)
+
+
 def _cmd_demo(args: argparse.Namespace) -> int:
     from pite.demo import run_demo
 
@@ -65,6 +71,11 @@ def build_parser() -> argparse.ArgumentParser:
     _add_set(p)
     p.add_argument("--no-progress", action="store_true", help="log lines instead of a live progress bar")
     p.set_defaults(func=_cmd_annotate)
+
+    p = sub.add_parser("features", help="extract CLIP frame features (100 per video, 1 per image) into a store")
+    p.add_argument("--config", required=True, help="features config, e.g. configs/features/demo.yaml")
+    _add_set(p)
+    p.set_defaults(func=_cmd_features)
 
     p = sub.add_parser("demo", help="run the end-to-end demo on the tiny-model kit and sample clips")
     p.add_argument("--out", default="outputs/demo", help="output folder (default: outputs/demo)")

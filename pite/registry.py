@@ -13,6 +13,7 @@ from typing import Any
 # folder under configs/ -> "module:Class"
 CONFIG_KINDS: dict[str, str] = {
     "pipeline": "pipeline.config:PipelineConfig",
+    "features": "pite.features:FeaturesConfig",
 }
 
 REPO_CONFIGS = Path(__file__).resolve().parent.parent / "configs"
