@@ -14,6 +14,7 @@ from typing import Any
 CONFIG_KINDS: dict[str, str] = {
     "pipeline": "pipeline.config:PipelineConfig",
     "features": "pite.features:FeaturesConfig",
+    "eval": "pite.eval.config:EvalConfig",
 }
 
 REPO_CONFIGS = Path(__file__).resolve().parent.parent / "configs"

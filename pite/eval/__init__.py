@@ -1,0 +1,1 @@
+"""Evaluation metrics for PiTe (point tracking, grounding, captioning, QA)."""
