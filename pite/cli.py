@@ -31,13 +31,18 @@ def _cmd_doctor(args: argparse.Namespace) -> int:
 
 
 def _cmd_annotate(args: argparse.Namespace) -> int:
+    import logging
+
     from pipeline.config import PipelineConfig
+
+    logging.basicConfig(level=logging.INFO if args.no_progress else logging.WARNING,
+                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     from pite.config import load_config
 
     cfg = load_config(args.config, PipelineConfig, overrides=args.set)
     from pipeline.annotate import annotate, summary_lines
 
-    stats = annotate(cfg, out=args.out, progress=not args.no_progress)
+    stats = annotate(cfg, out=args.out, progress=not args.no_progress, executor=args.executor, address=args.address)
     print("\n".join(summary_lines(stats)))
     return 0
 
@@ -46,6 +51,29 @@ def _cmd_features(args: argparse.Namespace) -> int:
     from pite.features import run_features
 
     return run_features(args.config, args.set)
+
+
+def _cmd_train(args: argparse.Namespace) -> int:
+    from training.train import run_train
+
+    return run_train(args.config, args.set)
+
+
+def _cmd_export(args: argparse.Namespace) -> int:
+    from training.export import run_export
+
+    return run_export(args)
+
+
+def _cmd_eval(args: argparse.Namespace) -> int:
+    from pite.eval.run import EvalError, run_eval
+    from pite.eval.videoqa import JudgeFatalError
+    from pite.infer import make_predictor
+
+    try:
+        return run_eval(args.config, args.set, make_predictor=make_predictor)
+    except (EvalError, JudgeFatalError) as exc:
+        raise UserError(str(exc)) from None
 
 
 def _cmd_demo(args: argparse.Namespace) -> int:
@@ -70,12 +98,34 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", default=None, help="output folder (default: the config's output.dir)")
     _add_set(p)
     p.add_argument("--no-progress", action="store_true", help="log lines instead of a live progress bar")
+    p.add_argument("--executor", choices=("local", "ray"), default=None,
+                   help="where to run (default: the config's run.executor, else local)")
+    p.add_argument("--address", default=None,
+                   help="Ray cluster to join: 'auto' or 'ray://host:10001' (default: run.address, else an "
+                        "in-process local Ray); implies --executor ray")
     p.set_defaults(func=_cmd_annotate)
 
     p = sub.add_parser("features", help="extract CLIP frame features (100 per video, 1 per image) into a store")
     p.add_argument("--config", required=True, help="features config, e.g. configs/features/demo.yaml")
     _add_set(p)
     p.set_defaults(func=_cmd_features)
+
+    p = sub.add_parser("train", help="train one PiTe stage (LoRA on DeepSpeed; several GPUs: "
+                                     "deepspeed --num_gpus N --module training.train --config ...)")
+    p.add_argument("--config", required=True, help="train config, e.g. configs/train/stage2.yaml")
+    _add_set(p)
+    p.set_defaults(func=_cmd_train)
+
+    p = sub.add_parser("export", help="merge a trained stage's LoRA chain into a plain Hugging Face model folder")
+    p.add_argument("--checkpoint", required=True, help="a stage output folder or one of its checkpoints/step-*")
+    p.add_argument("--out", required=True, help="folder to write the merged model into (replaced)")
+    p.add_argument("--dtype", choices=["bf16", "fp16", "fp32"], default="bf16")
+    p.set_defaults(func=_cmd_export)
+
+    p = sub.add_parser("eval", help="evaluate a checkpoint: temporal grounding, dense captioning or VideoQA")
+    p.add_argument("--config", required=True, help="eval config, e.g. configs/eval/demo_grounding.yaml")
+    _add_set(p)
+    p.set_defaults(func=_cmd_eval)
 
     p = sub.add_parser("demo", help="run the end-to-end demo on the tiny-model kit and sample clips")
     p.add_argument("--out", default="outputs/demo", help="output folder (default: outputs/demo)")

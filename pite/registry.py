@@ -15,6 +15,7 @@ CONFIG_KINDS: dict[str, str] = {
     "pipeline": "pipeline.config:PipelineConfig",
     "features": "pite.features:FeaturesConfig",
     "eval": "pite.eval.config:EvalConfig",
+    "train": "training.config:TrainConfig",
 }
 
 REPO_CONFIGS = Path(__file__).resolve().parent.parent / "configs"

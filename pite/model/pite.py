@@ -239,8 +239,8 @@ class PiTeModel(nn.Module):
         if not self.loss.official_unmasked:
             pred = head(hidden.reshape(-1, dim)[rows])  # (K, 2) or (K, P, N, 2)
             return masked_l1(pred, target.to(pred.device))[0], int(index.numel())
-        flat = head.forward_flat if isinstance(head, TrajectoryHead) else head
-        pred_all = flat(hidden[:, :-1].reshape(-1, dim))  # (B*(L-1), D): every position predicts
+        pred_all = head(hidden[:, :-1].reshape(-1, dim))  # called as a module, so ZeRO-3 hooks gather it
+        pred_all = pred_all.flatten(1)  # (B*(L-1), D): every position predicts
         shifted_rows = (rows // length) * (length - 1) + rows % length  # row in the (B, L-1) grid
         return official_unmasked_l1(pred_all, shifted_rows, target.to(pred_all.device)), int(index.numel())
 
