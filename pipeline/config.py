@@ -92,6 +92,39 @@ class OutputSettings:
 
 
 @dataclass
+class StageSettings:
+    """One Ray stage: consecutive pipeline steps that run together in one worker process."""
+
+    steps: list[str] = option(doc="Step names, consecutive in pipeline order (decode, nounphrases, grounding, "
+                              "tracking, keytracks).")
+    actors: int = option(0, "0: run as stateless Ray tasks; N >= 1: a pool of N actors that load the steps' "
+                         "models once.", ge=0)
+    num_cpus: float = option(1.0, "Logical CPUs per task / actor (fractions allowed).", ge=0)
+    num_gpus: float = option(0.0, "GPUs per actor, fractions allowed (0.25: four actors share one GPU).", ge=0)
+
+
+@dataclass
+class RunSettings:
+    """Where the pipeline runs; every key but ``executor`` matters to the Ray executor only."""
+
+    executor: Literal["local", "ray"] = option("local", "local: this process, sequential; ray: a Ray cluster.")
+    address: str | None = option(None, "Ray cluster: 'auto' (the running one), 'ray://host:10001', or null to "
+                                 "start an in-process local Ray.")
+    stages: list[StageSettings] = option(
+        default_factory=list, doc="Ray stages (see docs/ray.md). Each run of consecutive steps named in no stage "
+        "forms one stage of default_actors actors; with no stages, every step runs in one data-parallel pool.")
+    default_actors: int = option(0, "Actors of the stages formed by steps named in no stage; 0: one per CPU of "
+                                 "the cluster.", ge=0)
+    max_retries: int = option(2, "Retries of a batch whose worker died; then its videos fail (worker_died).",
+                              ge=0, le=10)
+    max_batches_in_flight: int = option(0, "Backpressure: batches between admission and commit; 0: twice the "
+                                        "number of workers.", ge=0)
+    num_cpus: int | None = option(None, "CPUs of an in-process local Ray (null: all).", ge=1)
+    object_store_mb: int | None = option(None, "Object store (MiB) of an in-process local Ray (null: Ray's "
+                                         "default).", ge=64)
+
+
+@dataclass
 class PipelineConfig:
     """The whole annotation run."""
 
@@ -102,3 +135,4 @@ class PipelineConfig:
     tracking: TrackingSettings = option(default_factory=TrackingSettings)
     keytracks: KeyTrajectorySettings = option(default_factory=KeyTrajectorySettings)
     output: OutputSettings = option(default_factory=OutputSettings)
+    run: RunSettings = option(default_factory=RunSettings)
