@@ -68,10 +68,10 @@ def _cmd_export(args: argparse.Namespace) -> int:
 def _cmd_eval(args: argparse.Namespace) -> int:
     from pite.eval.run import EvalError, run_eval
     from pite.eval.videoqa import JudgeFatalError
-    from pite.infer import make_predictor
+    from pite.infer import make_eval_predictor
 
     try:
-        return run_eval(args.config, args.set, make_predictor=make_predictor)
+        return run_eval(args.config, args.set, make_predictor=make_eval_predictor)
     except (EvalError, JudgeFatalError) as exc:
         raise UserError(str(exc)) from None
 
@@ -131,8 +131,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", default="outputs/demo", help="output folder (default: outputs/demo)")
     p.set_defaults(func=_cmd_demo)
 
+    from pite.infer import add_chat_commands
     from pite.viewer import add_view_command
 
+    add_chat_commands(sub)
     add_view_command(sub)
     return parser
 

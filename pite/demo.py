@@ -79,19 +79,25 @@ def _train(out: Path) -> None:
 
 
 def _infer_and_evaluate(out: Path) -> None:
+    import json
+
+    from pite.cli import main as pite_main
     from pite.eval.run import run_eval
-    from pite.infer import make_predictor, run_infer_file
+    from pite.infer import make_eval_predictor
 
     checkpoint, features = out / "train" / "stage3", out / "features"
     answers = out / "answers.jsonl"
-    run_infer_file(checkpoint=checkpoint, features=features, questions=Path("data/demo/questions.jsonl"),
-                   output=answers, max_new_tokens=24)
-    print(answers.read_text().strip())
+    _check(pite_main(["infer", "--checkpoint", str(checkpoint), "--features", str(features), "--input",
+                      "data/demo/questions.jsonl", "--output", str(answers), "--max-new-tokens", "24",
+                      "--show-trajectories"]), "pite infer")
+    for row in map(json.loads, answers.read_text().splitlines()):
+        print(f"{row['video']}: {row['question']} -> {row['answer']!r} ({len(row.get('phrases', []))} phrases "
+              "with trajectories)")
     for name in ("demo_grounding", "demo_densecap", "demo_videoqa"):
         print(f"--- {name}", flush=True)
         _check(run_eval(CONFIGS / f"eval/{name}.yaml",
                         [f"out_dir={out / 'eval' / name}", f"checkpoint={checkpoint}", f"features={features}"],
-                        make_predictor=make_predictor), name)
+                        make_predictor=make_eval_predictor), name)
 
 
 def _view(out: Path) -> None:
