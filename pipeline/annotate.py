@@ -51,7 +51,7 @@ def record_manifest_errors(manifest, out: Path) -> None:
     """
     import json
 
-    from pipeline.io import atomic_write_text
+    from pite.atomic import atomic_write_text
     from pite.schema import Failure, write_failures
 
     lost = set(manifest.lost_video_ids())

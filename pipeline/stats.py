@@ -65,7 +65,7 @@ class RunStats:
                    Counter(d.get("totals", {})), Counter(d.get("failures", {})))
 
     def save(self, path: Path) -> None:
-        from pipeline.io import atomic_write_text
+        from pite.atomic import atomic_write_text
 
         atomic_write_text(path, json.dumps(self.to_dict(), indent=2) + "\n")
 

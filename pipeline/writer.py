@@ -20,7 +20,7 @@ from pathlib import Path
 
 import numpy as np
 
-from pipeline.io import atomic_write_bytes, atomic_write_text
+from pite.atomic import atomic_write_bytes, atomic_write_text
 from pipeline.stats import RunStats
 from pipeline.work import VideoWork
 from pite.masks import encode_mask

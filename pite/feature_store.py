@@ -19,11 +19,12 @@ import fcntl
 import json
 import os
 import re
-import tempfile
 from contextlib import contextmanager
 from pathlib import Path
 
 import numpy as np
+
+from pite.atomic import atomic_write_bytes
 
 INDEX_FILE = "index.json"
 FAILURES_FILE = "failures.jsonl"
@@ -31,19 +32,6 @@ LOCK_FILE = ".lock"
 SHARD_PATTERN = "features-{:05d}.safetensors"
 STORE_VERSION = 1
 _SHARD_NAME = re.compile(r"features-(\d{5,})\.safetensors$")
-
-
-def _atomic_write(path: Path, data: bytes) -> None:
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as handle:
-            handle.write(data)
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
 
 
 def _read_index(root: Path) -> dict:
@@ -184,7 +172,7 @@ class FeatureWriter:
         """Write the buffered features as a new shard and merge the index and failures (atomic, locked)."""
         if not self._features and not self._failures:
             return
-        from safetensors.numpy import save_file
+        from safetensors.numpy import save
 
         with self._locked():
             index = _read_index(self.root)  # other writers may have added shards since
@@ -194,23 +182,16 @@ class FeatureWriter:
             if self._features:
                 numbers = [int(m.group(1)) for p in self.root.iterdir() if (m := _SHARD_NAME.match(p.name))]
                 shard = SHARD_PATTERN.format(max(numbers, default=-1) + 1)
-                fd, tmp = tempfile.mkstemp(dir=self.root, prefix=f".{shard}.", suffix=".tmp")
-                os.close(fd)
-                try:
-                    save_file(self._features, tmp, metadata={"model": self.model})
-                    os.replace(tmp, self.root / shard)
-                except BaseException:
-                    Path(tmp).unlink(missing_ok=True)
-                    raise
+                atomic_write_bytes(self.root / shard, save(self._features, metadata={"model": self.model}))
                 index["ids"].update(dict.fromkeys(self._features, shard))
                 index.update(model=self.model, dim=self.dim)
             failures = _read_failures(self.root)
             failures.update(self._failures)
             failures = {k: v for k, v in failures.items() if k not in index["ids"]}
             text = "".join(json.dumps(row, ensure_ascii=False) + "\n" for row in failures.values())
-            _atomic_write(self.root / FAILURES_FILE, text.encode("utf-8"))
+            atomic_write_bytes(self.root / FAILURES_FILE, text.encode("utf-8"))
             if self._features or not (self.root / INDEX_FILE).exists():
-                _atomic_write(self.root / INDEX_FILE, json.dumps(index, ensure_ascii=False).encode("utf-8"))
+                atomic_write_bytes(self.root / INDEX_FILE, json.dumps(index, ensure_ascii=False).encode("utf-8"))
         self.written += len(self._features)
         self._done = set(index["ids"])
         self._features.clear()

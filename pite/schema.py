@@ -21,10 +21,8 @@ Readers get back ``np.float16`` (3, 100, 2) and ``bool`` (3, 100) arrays. Trajec
 
 from __future__ import annotations
 
-import math
 import os
 import re
-import tempfile
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field, fields
 from pathlib import Path
@@ -33,8 +31,9 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from pite.atomic import atomic_file
 from pite.masks import decode_mask, encode_mask  # noqa: F401  (re-exported)
-from pite.timeline import NUM_FRAMES, seconds_to_index
+from pite.timeline import NUM_FRAMES
 
 NUM_TRAJECTORIES = 3
 """Key trajectories per phrase (P in the paper)."""
@@ -217,25 +216,10 @@ def _video_from_row(row: dict) -> VideoRecord:
 
 
 def _write_atomic(table: pa.Table, path: str | os.PathLike) -> Path:
-    """Write ``table`` to a temp file beside ``path``, fsync it, then ``os.replace`` it in."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as handle:
-            pq.write_table(table, handle, compression="zstd")
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    dir_fd = os.open(path.parent, os.O_RDONLY)
-    try:
-        os.fsync(dir_fd)
-    finally:
-        os.close(dir_fd)
-    return path
+    """Write ``table`` as zstd Parquet through :func:`pite.atomic.atomic_file`."""
+    with atomic_file(path) as handle:
+        pq.write_table(table, handle, compression="zstd")
+    return Path(path)
 
 
 def write_shard(records: list[VideoRecord], path: str | os.PathLike) -> Path:
