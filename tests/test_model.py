@@ -282,3 +282,63 @@ def test_loss_settings_per_stage():
     assert stage2.label_smoothing == 0.0 and stage2.traj_weight == 2.0
     with pytest.raises(ValueError, match="ce_impl"):
         LossSettings(ce_impl="dense")
+
+
+def test_packed_attention_splits_rows_and_matches_samples_alone(model, monkeypatch):
+    import pite.model.packing as packing
+
+    assert model.llm.config._attn_implementation == packing.PACKED_SDPA
+    calls = []
+    real_bounds = packing.segment_bounds
+    monkeypatch.setattr(packing, "segment_bounds", lambda pos: calls.append(pos.shape) or real_bounds(pos))
+    lengths = [7, 5, 9]
+    samples = [sample(n, None, seed=20 + i) for i, n in enumerate(lengths)]
+    row = torch.cat(samples)[None]
+    positions = packed_position_ids([lengths], row_length=24)
+    row = torch.cat([row, torch.zeros(1, 3, dtype=torch.long)], dim=1)  # padding tail
+    with torch.no_grad():
+        packed, _ = model.hidden_states(row, None, positions)
+        assert len(calls) == model.llm.config.num_hidden_layers  # the per-sequence path ran in every layer
+        start = 0
+        for ids in samples:
+            alone, _ = model.hidden_states(ids[None], None, None)
+            torch.testing.assert_close(packed[0, start : start + len(ids)], alone[0], rtol=1e-5, atol=1e-5)
+            start += len(ids)
+        # Same as transformers' dense block-diagonal mask (plain sdpa).
+        model.llm.config._attn_implementation = "sdpa"
+        dense, _ = model.hidden_states(row, None, positions)
+    torch.testing.assert_close(packed, dense, rtol=1e-5, atol=1e-5)
+
+
+def test_packed_attention_keeps_padded_batches_exact(model):
+    short, long = sample(6, None, seed=30), sample(10, None, seed=31)
+    ids = torch.stack([torch.cat([short, torch.zeros(4, dtype=torch.long)]), long])
+    mask = torch.tensor([[1] * 6 + [0] * 4, [1] * 10])
+    with torch.no_grad():
+        padded, _ = model.hidden_states(ids, mask, None)
+        for b, alone_ids in enumerate([short, long]):
+            alone, _ = model.hidden_states(alone_ids[None], None, None)
+            torch.testing.assert_close(padded[b, : len(alone_ids)], alone[0], rtol=1e-5, atol=1e-5)
+
+
+def test_enable_packed_attention_is_idempotent_and_only_replaces_sdpa():
+    from transformers.masking_utils import ALL_MASK_ATTENTION_FUNCTIONS
+    from transformers.modeling_utils import ALL_ATTENTION_FUNCTIONS
+
+    from pite.model.packing import PACKED_SDPA, enable_packed_attention, packed_sdpa_attention
+
+    llm = tiny_llm("llama")
+    assert enable_packed_attention(llm) and enable_packed_attention(llm)
+    assert llm.config._attn_implementation == PACKED_SDPA
+    assert ALL_ATTENTION_FUNCTIONS[PACKED_SDPA] is packed_sdpa_attention
+    assert PACKED_SDPA in ALL_MASK_ATTENTION_FUNCTIONS
+    eager = tiny_llm("qwen2")
+    eager.config._attn_implementation = "eager"
+    assert not enable_packed_attention(eager)
+    assert eager.config._attn_implementation == "eager"
+    from peft import LoraConfig, get_peft_model
+
+    wrapped = get_peft_model(tiny_llm("qwen2"), LoraConfig(r=2, target_modules=["q_proj"]))
+    assert enable_packed_attention(wrapped) and wrapped.get_base_model().config._attn_implementation == PACKED_SDPA
+    no_switch = assemble_pite(tiny_llm("llama"), PiTeSettings(vision_dim=VISION, packed_attention=False))
+    assert no_switch.llm.config._attn_implementation == "sdpa"

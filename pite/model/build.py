@@ -14,6 +14,7 @@ from torch import nn
 
 from pite.model.adapter import VisionAdapter
 from pite.model.heads import LocalizationHead, TrajectoryHead, init_trajectory_from_localization
+from pite.model.packing import enable_packed_attention
 from pite.model.pite import DEFAULT_VIDEO_TOKEN_ID, LossSettings, PiTeModel
 
 VIDEO_TOKEN = "<video>"
@@ -34,14 +35,21 @@ class PiTeSettings:
     the tokenizer's ``<video>`` special token when it has one (``build_pite``), else -200."""
     loss: LossSettings = field(default_factory=LossSettings)
     """Loss weights, smoothing and CE implementation."""
+    packed_attention: bool = True
+    """Switch an ``sdpa`` LLM to ``packed_sdpa`` (per-sample causal SDPA on packed rows, no dense
+    (B, 1, L, L) mask; padded batches keep the standard path). Other attention implementations are kept."""
 
 
 def assemble_pite(llm: nn.Module, settings: PiTeSettings | None = None) -> PiTeModel:
     """Wrap ``llm`` (a HF causal LM, possibly a peft model) with a fresh adapter and heads.
 
     The adapter and heads get the dtype and device of the LLM's input embeddings; rho starts as phi repeated.
+    With ``settings.packed_attention`` an ``sdpa`` LLM is switched to ``packed_sdpa`` (see
+    ``pite.model.packing.enable_packed_attention``).
     """
     settings = settings or PiTeSettings()
+    if settings.packed_attention:
+        enable_packed_attention(llm)
     embeddings = llm.get_input_embeddings()
     hidden_size = embeddings.weight.shape[1]
     adapter = VisionAdapter(settings.vision_dim, hidden_size)
