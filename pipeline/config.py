@@ -64,13 +64,18 @@ class GroundingSettings:
 
 @dataclass
 class TrackingSettings:
-    backend: str = option("dis_chain", "Dense tracker: dis_chain, raft, or another registered tracker.")
+    """The tracker's user-facing knobs; everything else keeps ``pipeline.tracking.TrackerSettings``'s
+    defaults, which are tuned on the tracking benchmark (``bench/tracking_bench.py``)."""
+
+    backend: str = option("dis_layers", "Dense tracker: dis_layers (long-range, the benchmark's best within "
+                          "3 s/video), dis_chain (chained DIS), raft (needs raft_weights).")
     short_side: int = option(256, "Working resolution (short side, px) of the tracker.", ge=16, le=1024)
-    dis_preset: Literal["ultrafast", "fast", "medium"] = option("medium", "OpenCV DIS preset.")
-    fb_threshold: float = option(1.5, "Forward-backward consistency threshold (px) for occlusion.", gt=0)
+    dis_preset: Literal["ultrafast", "fast", "balanced", "medium"] | None = option(
+        None, "OpenCV DIS preset of the forward flow; null: the backend's own choice.")
+    fb_threshold: float = option(1.0, "Forward-backward consistency threshold (px) for occlusion.", gt=0)
     raft_weights: str = option("", "Local torchvision RAFT weights (.pth) for the raft backend.", model="raft")
     raft_model: Literal["raft_small", "raft_large"] = option("raft_small", "torchvision RAFT architecture.")
-    device: str = option("auto", "auto, cpu, cuda or cuda:N.")
+    device: str = option("auto", "auto, cpu, cuda or cuda:N (learned backends only).")
 
 
 @dataclass

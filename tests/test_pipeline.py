@@ -114,7 +114,7 @@ def _bad_inputs(root: Path) -> list[str]:
         _line("good", 0.5, 1.5, "   "),  # whitespace caption
         _line("good", 0.2, 1.2, ""),  # empty caption
         _line("good", 0.0, 1.0, "très jolie: a café near a ghost"),  # non-ASCII; 'a ghost' is never grounded
-        _line("good", 0.0, 1.0, "runs quickly"),  # no noun phrase
+        _line("good", 0.0, 1.0, "it moves"),  # no noun phrase left (a pronoun only)
         _line("missing", 0.0, 1.0, "a dog runs"),
         _line("truncated", 0.0, 1.0, "a dog runs"),
         _line("corrupt", 0.0, 1.0, "a dog runs"),
@@ -188,7 +188,7 @@ def test_key_trajectories_of_a_synthetic_square_follow_its_true_motion():
     mask = np.zeros((128, 160), bool)
     mask[44:68, 34:58] = True  # inside the square, away from its border
     event.phrases = [PhraseWork("a red square", 0, 12, box=(0.2, 0.3, 0.4, 0.6), mask=mask, score=1.0)]
-    TrackingStep(TrackingSettings(backend="dis_chain", short_side=128))([video], StepStats())
+    TrackingStep(TrackingSettings(short_side=128))([video], StepStats())  # the default tracker
     KeyTrajectoryStep(KeyTrajectorySettings(min_visible_frac=0.8))([video], StepStats())
     phrase = event.phrases[0]
     times = frame_times(duration)

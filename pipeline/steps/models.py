@@ -105,6 +105,10 @@ class TrackingStep(PipelineStep):
             values = {k: v for k, v in dataclasses.asdict(self.settings).items() if k in known}
             if values.get("raft_weights") == "":
                 values["raft_weights"] = None
+            if values.get("device") == "auto":
+                import torch
+
+                values["device"] = "cuda" if torch.cuda.is_available() else "cpu"
             self._tracker = make_tracker(TrackerSettings(**values))
         return self._tracker
 

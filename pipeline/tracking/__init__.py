@@ -10,8 +10,9 @@ Backends (``TrackerSettings.backend``):
 - ``dis_chain``: OpenCV DIS flow chained frame to frame with a forward–backward occlusion check.
 - ``dis_layers``: long-range tracker: chained DIS anchors grouped into motion layers (a homography
   per layer and frame) carry points through occlusions and out of the frame; each frame is
-  re-registered directly to frame 0 (warp + DIS) to remove drift, and an appearance check decides
-  visibility and re-acquires points when they reappear. Default (best tracker within 3 s/video).
+  re-registered directly to frame 0 (warp + DIS) to remove drift, an appearance check decides
+  visibility, and ORB re-detection re-acquires layers after they reappear. The default: best on the
+  benchmark (``bench/tracking_bench.py``) within 3 s per 100-frame 256-px video on one core.
 - ``raft``: torchvision RAFT flow chained like ``dis_chain``; needs the user's local weights file.
 """
 

@@ -33,14 +33,21 @@ class TrackerSettings:
     """Tracker name: "dis_chain" (chained DIS flow), "dis_layers" (long-range, motion layers) or "raft"."""
     short_side: int = 256
     """Work resolution: short side in pixels (inputs are downscaled to it, never upscaled)."""
-    dis_preset: str = "medium"
-    """OpenCV DIS preset for the forward flow: "ultrafast", "fast" or "medium"."""
-    dis_backward_preset: str = "medium"
-    """DIS preset for the backward flow that only feeds the forward–backward check."""
+    dis_preset: str | None = None
+    """OpenCV DIS preset for the forward flow: "ultrafast", "fast", "balanced" or "medium". None = the
+    backend's choice: "medium" for "dis_chain", "balanced" for "dis_layers" (see
+    :data:`pipeline.tracking.flow.BALANCED`)."""
+    dis_backward_preset: str | None = None
+    """DIS preset for the backward flow that only feeds the forward–backward check. None = the
+    backend's choice: the forward preset for "dis_chain" (its only occlusion cue), "fast" for
+    "dis_layers" (which has appearance checks as well)."""
     fb_threshold: float = 1.0
     """Forward–backward consistency threshold, px at work resolution (plus ``fb_relative`` · |flow|)."""
     fb_relative: float = 0.05
     """Part of the forward–backward threshold that grows with the flow magnitude."""
+    fb_sticky: bool = True
+    """dis_chain / raft: a point stays occluded after its first failed forward–backward check (its
+    chained position is no longer trustworthy); False = visibility of the last step only."""
     raft_weights: str | None = None
     """Local path to torchvision RAFT weights (a state dict for ``raft_model``); required by "raft"."""
     raft_model: str = "raft_small"
@@ -52,11 +59,11 @@ class TrackerSettings:
     layers_max: int = 8
     """dis_layers: most motion layers (each tracked by a per-frame homography)."""
     layers_inlier_px: float = 0.4
-    """dis_layers: mean residual (px, work resolution) of a trajectory's 3-frame steps under a layer's
-    motion below which the point belongs to that layer."""
+    """dis_layers: tolerance (px, work resolution; plus 10 % of the step length) on a trajectory's
+    3-frame steps under a layer's motion; a trajectory joins a layer when 80 % of its steps fit."""
     layers_anchor_stride: int = 6
     """dis_layers: grid stride (px, work resolution) of the anchor points used to find layers."""
-    register_preset: str = "medium"
+    register_preset: str = "balanced"
     """dis_layers: DIS preset of the residual flow that registers each frame directly to frame 0."""
     register_max_shift: float = 3.0
     """dis_layers: largest residual (px) a registration may apply to a predicted position."""
@@ -64,6 +71,12 @@ class TrackerSettings:
     """dis_layers: appearance distance (normalised-patch texture difference + 2 × chromaticity
     difference, see :func:`pipeline.tracking.register.appearance_distance`) above which a point is
     judged occluded."""
+    fit_threshold: float = 0.35
+    """dis_layers: stricter appearance distance under which a point may shape its layer's motion
+    (layer discovery and per-frame homography fits)."""
+    offset_window: int = 15
+    """dis_layers: points' offsets from their layer's homography are averaged over this many pixels
+    (square window, same layer only): removes registration noise, keeps smooth deformation (1 = off)."""
     seed: int = 0
     """Seed of any randomised step (RANSAC), for reproducible tracks."""
 
@@ -162,10 +175,12 @@ class DenseTracker:
                 raise ValueError(f"queries must be (N, 2) (x, y); got {queries.shape}")
             work_queries = input_to_work(queries, in_size, work)
         xy, visible = self._track_work(resize_frames(frames, work), work_queries)
-        xy = work_to_input(xy, in_size, work)
+        xy = np.asarray(xy, np.float32)
+        if tuple(work) != tuple(in_size):
+            xy = work_to_input(xy, in_size, work)
         if queries is not None:
             xy[0] = queries
-        return Tracks(xy.astype(np.float32), visible.astype(bool))
+        return Tracks(xy, np.asarray(visible, bool))
 
     def _track_work(self, frames: np.ndarray, queries: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """Track ``queries`` float32 (N, 2) through uint8 (T, h, w, 3) work-resolution frames.

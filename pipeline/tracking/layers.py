@@ -69,7 +69,7 @@ def find_layers(
     max_layers: int = 8,
     inlier_px: float = 0.4,
     seed_radius: float = 12.0,
-    hypotheses: int = 12,
+    hypotheses: int = 8,
     min_fraction: float = 0.01,
     max_failures: int = 3,
 ) -> tuple[np.ndarray, list[tuple[np.ndarray, np.ndarray]]]:
@@ -105,7 +105,7 @@ def find_layers(
         for seed in rng.choice(candidates, size=min(hypotheses, len(candidates)), replace=False):
             members = np.linalg.norm(sub_traj[0] - p0[seed], axis=1) < seed_radius
             inliers = members
-            for _ in range(4):
+            for _ in range(3):
                 models, defined = fit_step_models(sub_traj[:, members], sub_alive[:, members], size)
                 _, share, count = fit_summary(*step_errors(models, defined, sub_traj, sub_alive, inlier_px))
                 inliers = (count >= MIN_STEPS) & (share >= INLIER_SHARE)

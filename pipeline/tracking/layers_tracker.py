@@ -1,23 +1,30 @@
 """Long-range dense tracker ``dis_layers``: motion layers + direct registration to frame 0.
 
 Chained flow loses a point for good once something covers it, and it drifts. This tracker keeps the
-chain for what it is good at (short, accurate steps) and adds three classical parts:
+chain for what it is good at (short, accurate steps) and adds classical parts around it:
 
-1. **Motion layers** (:mod:`pipeline.tracking.layers`): the work grid is chained with DIS flow and a
-   forward–backward check; a greedy multi-frame RANSAC groups the uninterrupted trajectories of a
-   sparse anchor grid into layers that each follow one homography per frame, and every pixel joins
-   the layer that best explains its own trajectory.
-2. **Sequential tracking** frame by frame: points that were visible move by the chained flow (when
-   forward–backward consistent); every layer's homography is refitted on them (with a weak
-   constant-velocity prior, so thin slivers stay stable); points that are occluded or outside the
-   frame follow their layer's homography plus the offset they had when last seen.
+1. **Motion layers.** Every 2nd pixel is chained with DIS flow (forward–backward and appearance
+   checks end a chain). A greedy multi-frame RANSAC (:mod:`pipeline.tracking.layers`) groups the
+   chains of a sparse anchor grid into layers that each follow one homography per keyframe step.
+   Every pixel is then labelled by warping error (:mod:`pipeline.tracking.segment`): the layer
+   whose motion best maps later frames back onto its frame-0 neighbourhood wins, which is accurate
+   at motion boundaries; regions no layer explains become layers of their own.
+2. **Sequential tracking**, frame by frame (:class:`pipeline.tracking.layer_set.LayerSet`): points
+   that were reliably seen move by the chained flow; each layer's homography is refitted robustly
+   (with a weak constant-velocity prior, so slivers stay stable); occluded points and points outside
+   the frame follow their layer's homography plus their last offset from it. Layers hidden for a
+   while are re-detected by ORB feature matching (:mod:`pipeline.tracking.redetect`), which is how
+   objects are re-acquired after a full occlusion or after leaving and re-entering the frame.
 3. **Registration and appearance** (:mod:`pipeline.tracking.register`): frame t is warped into
-   frame-0 geometry through the predicted positions and a small DIS residual snaps them back onto
-   frame 0's texture (no drift); a lighting-robust normalised-patch comparison then decides
-   visibility — which is also how points are re-acquired when they reappear.
+   frame-0 geometry through the predicted positions and a DIS residual snaps them onto frame 0's
+   texture (no drift). Offsets from the layer homography are averaged over a small window of the
+   same layer (``offset_window``), which removes registration noise but keeps smooth deformation. A
+   lighting-insensitive appearance distance (normalised texture + chromaticity) then decides
+   visibility: below ``fit_threshold`` a point steers the tracking, below ``appearance_threshold``
+   it is reported visible; a point must also sit within a few pixels of its layer's motion.
 
-All work happens on the full work-resolution grid; arbitrary queries are read off the grid through
-their nearest grid pixel and that pixel's layer homography (sub-pixel offsets map exactly).
+All work happens on the work-resolution grid; arbitrary queries are read off the grid through their
+nearest grid pixel and that pixel's layer homography (sub-pixel offsets map exactly).
 """
 
 from __future__ import annotations
@@ -27,23 +34,28 @@ import numpy as np
 
 from pipeline.tracking.base import DenseTracker, pixel_grid
 from pipeline.tracking.flow import DISPairs, chain_tracks, fb_step, inside, make_dis, to_gray
-from pipeline.tracking.homography import apply_h, extrapolate_h, fit_h
+from pipeline.tracking.homography import apply_h
+from pipeline.tracking.layer_set import LayerSet, close
 from pipeline.tracking.layers import assign_points, find_layers
 from pipeline.tracking.redetect import Redetector
 from pipeline.tracking.segment import label_by_warping
-from pipeline.tracking.register import appearance_distance, chromaticity, normalized, register_to_reference
+from pipeline.tracking.register import (
+    LayerRegions,
+    appearance_distance,
+    chromaticity,
+    normalized,
+    register_to_reference,
+)
 
 KEYFRAME_STEP = 3  # keyframe spacing for layer discovery and assignment
 CHAIN_STRIDE = 2  # layer discovery chains every 2nd pixel (labels are refined per pixel afterwards)
-FIT_POINTS = 1500  # most points per layer used to fit a homography
-MIN_SUPPORT = 12  # fewer visible points than this: the layer is carried by its prior
-PRIOR_WEIGHT = 4.0
+MIN_SUPPORT = 12  # fewer usable points than this: the layer is carried by its prior
 CHAIN_GATE = 2.0  # px: a chained step farther than this from the layer's prediction is not trusted
 SEEN_SHARE = 0.15  # a layer with fewer of its points seen counts as hidden (re-detection is tried)
 REDETECT_AFTER = 2  # frames a layer must have been unsupported before feature re-detection is tried
-REDETECT_EVERY = 2  # ... and then try every this many frames
-HIDDEN_DAMPING = 0.9  # velocity of a hidden layer's extrapolated motion is damped by this per frame
-RIGID_GATE = 3.0  # px: a registered point farther than this from its layer's motion is not trusted  # weight of each of the 5 constant-velocity pseudo-points in a fit
+REDETECT_MAX_GAP = 16  # failed re-detections are retried after 2, 4, 8, 16, 16, ... frames,
+REDETECT_EVERY = 2  # rounded up to a multiple of this (layers share each frame's ORB features)
+RIGID_GATE = 3.0  # px: a registered point farther than this from its layer's motion is not trusted
 
 
 class LayeredTracker(DenseTracker):
@@ -58,10 +70,10 @@ class LayeredTracker(DenseTracker):
         if num_frames == 1:
             return queries[None].astype(np.float32), np.ones((1, len(queries)), bool)
         gray = to_gray(frames)
-        pairs = DISPairs(gray, s.dis_preset, s.dis_backward_preset)
+        pairs = DISPairs(gray, s.dis_preset or "balanced", s.dis_backward_preset or "fast")
         layer_of = self._find_layer_labels(frames, gray, pairs, grid)
         rng = np.random.default_rng(s.seed)
-        xy, visible, models = self._sequential(frames, gray, pairs, grid, layer_of, rng)
+        xy, visible, layer_of, models = self._sequential(frames, gray, pairs, grid, layer_of, rng)
         if len(queries) == len(grid) and np.array_equal(queries, grid):
             return xy, visible
         return _read_queries(queries, grid, xy, visible, layer_of, models, (h, w))
@@ -76,7 +88,7 @@ class LayeredTracker(DenseTracker):
         keys = np.arange(0, num_frames, KEYFRAME_STEP)
         chain_xy, _, chain_alive = chain_tracks(pairs, sub, num_frames, (h, w), s.fb_threshold, s.fb_relative)
         chain_xy = chain_xy[keys]
-        chain_alive = _looks_alike(frames, gray, keys, chain_xy, chain_alive[keys], s.appearance_threshold,
+        chain_alive = _looks_alike(frames, gray, keys, chain_xy, chain_alive[keys], s.fit_threshold,
                                    CHAIN_STRIDE)
         step = max(1, s.layers_anchor_stride // CHAIN_STRIDE)
         anchors = _anchor_indices(sub_h, sub_w, step)
@@ -86,104 +98,83 @@ class LayeredTracker(DenseTracker):
         if not layers:
             return np.zeros(len(grid), np.int64)
         coarse = assign_points(chain_xy, chain_alive, layers, (sub_h, sub_w), s.layers_inlier_px)
-        fallback = cv2.resize(coarse.reshape(sub_h, sub_w).astype(np.uint8), (sub_w * CHAIN_STRIDE, sub_h * CHAIN_STRIDE),
-                              interpolation=cv2.INTER_NEAREST)[:h, :w].ravel().astype(np.int64)
-        labels = label_by_warping(frames, gray, keys, layers, grid, fallback)
+        fallback = _upsample(coarse.reshape(sub_h, sub_w).astype(np.uint8), (h, w)).ravel().astype(np.int64)
+        motion = _upsample((chain_xy[1] - chain_xy[0]).reshape(sub_h, sub_w, 2), (h, w))  # first keyframe step
+        labels = label_by_warping(frames, gray, keys, layers, grid, fallback, motion)
         return np.unique(labels, return_inverse=True)[1].ravel()  # drop merged (empty) layers
 
-    def _sequential(self, frames, gray, pairs, grid, layer_of, rng) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-        """Frame-by-frame tracking of every grid point: xy (T, G, 2), visible (T, G), models (T, L, 3, 3)."""
+    def _sequential(self, frames, gray, pairs, grid, layer_of, rng):
+        """Frame-by-frame tracking of every grid point.
+
+        Returns xy (T, G, 2), visible (T, G), the final layer of each point (G,) and models (T, L, 3, 3).
+        """
         s = self.settings
         num_frames, (h, w) = len(gray), gray.shape[1:3]
-        num_layers = int(layer_of.max()) + 1
-        members = [np.flatnonzero(layer_of == k) for k in range(num_layers)]
-        fit_sets = [m if len(m) <= FIT_POINTS else np.sort(rng.choice(m, FIT_POINTS, replace=False)) for m in members]
-        boxes = [_box_points(grid[m]) for m in members]
-        fitter = _LayerFitter(grid, fit_sets, boxes, (w / 2.0, h / 2.0), max(h, w) / 2.0)
-        models = np.tile(np.eye(3), (num_frames, num_layers, 1, 1))
+        layers = LayerSet(grid, layer_of, (h, w), num_frames, rng, MIN_SUPPORT, RIGID_GATE)
         xy = np.zeros((num_frames, len(grid), 2), np.float32)
         visible = np.zeros((num_frames, len(grid)), bool)
         xy[0], visible[0] = grid, True
         offset = np.zeros_like(grid)
+        seen = np.ones(len(grid), bool)  # points sure enough to steer the tracking (last frame)
         reg_dis = make_dis(s.register_preset)
         ref_norm = normalized(gray[0])
-        label_map = layer_of.reshape(h, w)
-        ref_chroma = chromaticity(frames[0], label_map)
-        redetector = Redetector(gray[0], label_map)
-        hidden_for = np.zeros(num_layers, np.int64)  # frames since the layer was last well supported
-        restart = np.ones(num_layers, bool)  # no velocity estimate (first frame, or just re-detected)
+        ref_chroma = chromaticity(frames[0], layers.regions)
+        redetector = Redetector(gray[0], layer_of.reshape(h, w))
         for t in range(1, num_frames):
             forward, backward = pairs(t - 1)
             moved, ok = fb_step(xy[t - 1], forward, backward, s.fb_threshold, s.fb_relative)
-            ok &= visible[t - 1] & inside(moved, h, w)
-            priors = [models[t - 1, k] if restart[k] else
-                      extrapolate_h(models[t - 2, k], models[t - 1, k], HIDDEN_DAMPING if hidden_for[k] else 1.0)
-                      for k in range(num_layers)]
-            restart[:] = False
-            prelim, _ = fitter.fit(moved, ok, priors)
-            for k in np.flatnonzero(hidden_for >= REDETECT_AFTER):
-                if (t + k) % REDETECT_EVERY == 0 and (found := redetector.find(int(k), t, gray[t])) is not None:
-                    prelim[k], offset[members[k]], restart[k] = found, 0.0, True
-            expected = fitter.apply(prelim, members) + offset
-            agree = ok & _close(moved, expected, CHAIN_GATE)
+            ok &= seen & inside(moved, h, w)
+            prelim, _ = layers.fit(moved, ok, layers.priors(t))
+            self._redetect(layers, redetector, prelim, offset, t, gray[t])
+            expected = layers.apply(prelim) + offset
+            agree = ok & close(moved, expected, CHAIN_GATE)
+            norm, chroma = normalized(gray[t]), chromaticity(frames[t])
             predicted = np.where(agree[:, None], moved, expected)
             refined, _ = register_to_reference(reg_dis, gray[0], gray[t], predicted.reshape(h, w, 2),
                                                s.register_max_shift)
-            distance = appearance_distance(ref_norm, normalized(gray[t]), refined, label_map,
-                                           ref_chroma, chromaticity(frames[t])).ravel()
+            distance = appearance_distance(ref_norm, norm, refined, layers.regions, ref_chroma, chroma).ravel()
             refined = refined.reshape(-1, 2)
-            candidate = (distance < s.appearance_threshold) & inside(refined, h, w)
-            models[t], support = fitter.fit(refined, candidate, prelim)
-            model_xy = fitter.apply(models[t], members)
-            seen = candidate & _close(refined, model_xy + offset, RIGID_GATE)
-            for k in range(num_layers):
+            in_frame = inside(refined, h, w)
+            models, support = layers.fit(refined, in_frame & (distance < s.fit_threshold), prelim)
+            layers.models[t] = models
+            model_xy = layers.apply(models)
+            placed = in_frame & close(refined, model_xy + offset, RIGID_GATE)
+            seen = placed & (distance < s.fit_threshold)  # sure enough to steer the tracking
+            shown = placed & (distance < s.appearance_threshold)  # reported visible
+            for k, idx in enumerate(layers.members):
                 if support[k] < MIN_SUPPORT:
-                    seen[members[k]] = False
-                well_seen = seen[members[k]].sum() >= max(MIN_SUPPORT, SEEN_SHARE * len(members[k]))
-                hidden_for[k] = 0 if well_seen else hidden_for[k] + 1
-            offset[seen] = refined[seen] - model_xy[seen]
-            xy[t] = np.where(seen[:, None], refined, model_xy + offset)
-            visible[t] = seen
-        return xy, visible, models
+                    seen[idx] = shown[idx] = False
+                well_seen = seen[idx].sum() >= max(MIN_SUPPORT, SEEN_SHARE * len(idx))
+                layers.hidden_for[k] = 0 if well_seen else layers.hidden_for[k] + 1
+                if well_seen:
+                    layers.failures[k] = layers.next_try[k] = 0
+            offset[seen] = _smooth_offsets(refined - model_xy, seen, layers.regions, s.offset_window)[seen]
+            xy[t] = model_xy + offset
+            visible[t] = shown
+        return xy, visible, layers.labels, layers.models
 
+    @staticmethod
+    def _redetect(layers: LayerSet, redetector: Redetector, prelim, offset, t: int, gray_t) -> None:
+        """Re-detect layers hidden for a while (feature matching), with exponential back-off."""
+        due = (layers.hidden_for >= REDETECT_AFTER) & (layers.next_try <= t)
+        for k in np.flatnonzero(due):
+            found = redetector.find(int(k), t, gray_t)
+            if found is not None:
+                prelim[k], offset[layers.members[k]] = found, 0.0
+                layers.restart[k], layers.failures[k] = True, 0
+            else:
+                layers.failures[k] += 1
+                wait = min(2 ** layers.failures[k], REDETECT_MAX_GAP)
+                layers.next_try[k] = -(-(t + wait) // REDETECT_EVERY) * REDETECT_EVERY  # shared frames
 
-class _LayerFitter:
-    """Per-frame homography of every layer from a subset of its points (robust, with a weak prior)."""
-
-    def __init__(self, grid, fit_sets, boxes, center, scale):
-        self.grid, self.fit_sets, self.boxes, self.center, self.scale = grid, fit_sets, boxes, center, scale
-
-    def fit(self, positions, usable, priors) -> tuple[np.ndarray, np.ndarray]:
-        """Models (L, 3, 3) mapping frame-0 points to ``positions`` where ``usable``; support (L,) counts."""
-        models, support = [], []
-        for k, fit_set in enumerate(self.fit_sets):
-            use = fit_set[usable[fit_set]]
-            support.append(len(use))
-            if len(use) < MIN_SUPPORT:
-                models.append(priors[k])
-                continue
-            src = np.concatenate([self.grid[use], self.boxes[k]])
-            dst = np.concatenate([positions[use], apply_h(priors[k], self.boxes[k])])
-            weights = np.concatenate([np.ones(len(use)), np.full(len(self.boxes[k]), PRIOR_WEIGHT)])
-            model = fit_h(src, dst, weights, self.center, self.scale)
-            for gate in (4.0, 2.0):  # two rounds of outlier rejection
-                weights[: len(use)] = _close(apply_h(model, src[: len(use)]), dst[: len(use)], gate)
-                model = fit_h(src, dst, weights, self.center, self.scale)
-            models.append(model)
-        return np.stack(models), np.array(support)
-
-    def apply(self, models, members) -> np.ndarray:
-        """Positions (G, 2) of every grid point under its layer's model."""
-        out = np.empty_like(self.grid)
-        for k, idx in enumerate(members):
-            out[idx] = apply_h(models[k], self.grid[idx])
-        return out
-
-
-def _close(a: np.ndarray, b: np.ndarray, radius: float) -> np.ndarray:
-    """Whether rows of (N, 2) ``a`` and ``b`` are within ``radius`` px. bool (N,)."""
-    d = a - b
-    return np.einsum("ij,ij->i", d, d) < radius * radius
+def _smooth_offsets(offsets: np.ndarray, valid: np.ndarray, regions: LayerRegions, window: int) -> np.ndarray:
+    """Average (G, 2) per-point offsets from the layer model over a ``window``² neighbourhood of valid
+    points of the same layer (registration noise averages out; smooth non-rigid motion remains)."""
+    if window <= 1:
+        return offsets
+    h, w = regions.labels.shape
+    smoothed = regions.blur(offsets.reshape(h, w, 2), window, valid.reshape(h, w).astype(np.float32))
+    return smoothed.reshape(-1, 2)
 
 
 def _looks_alike(frames, gray, keys, traj, alive, threshold, stride) -> np.ndarray:
@@ -205,10 +196,12 @@ def _looks_alike(frames, gray, keys, traj, alive, threshold, stride) -> np.ndarr
     return alive
 
 
-def _box_points(points: np.ndarray) -> np.ndarray:
-    """Corners and centre of the bounding box of (P, 2) points: float32 (5, 2)."""
-    lo, hi = points.min(axis=0), points.max(axis=0)
-    return np.array([[lo[0], lo[1]], [hi[0], lo[1]], [lo[0], hi[1]], [hi[0], hi[1]], (lo + hi) / 2], np.float32)
+def _upsample(image: np.ndarray, size: tuple[int, int]) -> np.ndarray:
+    """Nearest-neighbour upsampling of a ``CHAIN_STRIDE``-subsampled (h', w'[, C]) image to ``size``."""
+    h, w = size
+    full = cv2.resize(image, (image.shape[1] * CHAIN_STRIDE, image.shape[0] * CHAIN_STRIDE),
+                      interpolation=cv2.INTER_NEAREST)
+    return full[:h, :w]
 
 
 def _anchor_indices(h: int, w: int, stride: int) -> np.ndarray:

@@ -23,19 +23,25 @@ class Redetector:
         self.matcher = cv2.BFMatcher(cv2.NORM_HAMMING)
         self.ratio, self.min_inliers, self.reprojection_px = ratio, min_inliers, reprojection_px
         keypoints, desc = self.orb.detectAndCompute(gray0, None)
+        self.points = np.array([k.pt for k in keypoints], np.float32).reshape(-1, 2)
+        self.desc = desc
         self.layers: dict[int, tuple[np.ndarray, np.ndarray]] = {}
-        if desc is None:
+        self._frame: tuple[int, np.ndarray, np.ndarray | None] | None = None
+        self.set_labels(labels)
+
+    def set_labels(self, labels: np.ndarray) -> None:
+        """(Re)assign frame-0 keypoints to layers from the int (h, w) ``labels`` map."""
+        self.layers = {}
+        if self.desc is None:
             return
-        pts = np.array([k.pt for k in keypoints], np.float32)
         kernel = np.ones((2 * BOUNDARY_MARGIN + 1,) * 2, np.uint8)
-        col = np.clip(np.rint(pts[:, 0]).astype(int), 0, labels.shape[1] - 1)
-        row = np.clip(np.rint(pts[:, 1]).astype(int), 0, labels.shape[0] - 1)
+        col = np.clip(np.rint(self.points[:, 0]).astype(int), 0, labels.shape[1] - 1)
+        row = np.clip(np.rint(self.points[:, 1]).astype(int), 0, labels.shape[0] - 1)
         for k in np.unique(labels):
             interior = cv2.erode((labels == k).astype(np.uint8), kernel)
             sel = interior[row, col] > 0
-            if sel.sum() >= min_inliers:
-                self.layers[int(k)] = (pts[sel], desc[sel])
-        self._frame: tuple[int, np.ndarray, np.ndarray | None] | None = None
+            if sel.sum() >= self.min_inliers:
+                self.layers[int(k)] = (self.points[sel], self.desc[sel])
 
     def _features(self, t: int, gray: np.ndarray) -> tuple[np.ndarray, np.ndarray | None]:
         if self._frame is None or self._frame[0] != t:

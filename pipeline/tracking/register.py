@@ -47,33 +47,86 @@ def register_to_reference(
     return np.where(ok[..., None], refined, pos_map), ok
 
 
-def _masked_blur(image: np.ndarray, labels: np.ndarray | None, window: int) -> np.ndarray:
-    """Box blur of (h, w[, C]) ``image`` that averages only over neighbours with the same label."""
-    if labels is None:
+class LayerRegions:
+    """Per-layer bounding boxes of a frame-0 label map, for fast same-layer (masked) box filtering.
+
+    Filtering runs per layer inside its bounding box (plus a ``margin`` ≥ half the largest window),
+    so its cost is about the total layer area, not layers × frame.
+    """
+
+    def __init__(self, labels: np.ndarray, margin: int = 8):
+        self.labels, self.margin = labels, margin
+        h, w = labels.shape
+        self.regions = []
+        for k in np.unique(labels):
+            mask = labels == k
+            rows, cols = np.flatnonzero(mask.any(axis=1)), np.flatnonzero(mask.any(axis=0))
+            ys = slice(max(rows[0] - margin, 0), min(rows[-1] + margin + 1, h))
+            xs = slice(max(cols[0] - margin, 0), min(cols[-1] + margin + 1, w))
+            inside = mask[ys, xs]
+            self.regions.append((ys, xs, inside, inside.astype(np.float32)))
+        self.regions.sort(key=lambda r: -int(r[2].sum()))  # largest first (see blur)
+
+    def blur(self, image: np.ndarray, window: int, weights: np.ndarray | None = None) -> np.ndarray:
+        """Mean of (h, w[, C]) ``image`` over each pixel's ``window``² neighbours of the same layer,
+        weighted by (h, w) ``weights`` when given; pixels without any weight keep their value."""
+        if window > 2 * self.margin + 1:
+            raise ValueError(f"window {window} exceeds the regions' margin {self.margin}")
+        out = image.copy()
+        dens = np.zeros(image.shape[:2], np.float32)
+        size = (window, window)
+        skipped = []
+        for index, (ys, xs, inside, mask) in enumerate(self.regions):
+            weight = mask if weights is None else cv2.multiply(mask, weights[ys, xs])
+            if weights is not None and index > 0 and not weight.any():
+                skipped.append((ys, xs, inside))  # nothing to average: restored below
+                continue
+            crop = image[ys, xs]
+            den = cv2.blur(weight, size)
+            safe = np.maximum(den, 1e-6)
+            if crop.ndim == 3:
+                channels = crop.shape[2]
+                value = cv2.divide(cv2.blur(cv2.multiply(crop, cv2.merge([weight] * channels)), size),
+                                   cv2.merge([safe] * channels))
+            else:
+                value = cv2.divide(cv2.blur(cv2.multiply(crop, weight), size), safe)
+            if index == 0:  # the largest layer writes its whole box; the others overwrite their pixels
+                out[ys, xs], dens[ys, xs] = value, den
+            else:
+                np.copyto(out[ys, xs], value, where=inside[..., None] if crop.ndim == 3 else inside)
+                np.copyto(dens[ys, xs], den, where=inside)
+        for ys, xs, inside in skipped:  # (the largest layer's box write may have covered them)
+            np.copyto(out[ys, xs], image[ys, xs], where=inside[..., None] if image.ndim == 3 else inside)
+            np.copyto(dens[ys, xs], 1.0, where=inside)
+        empty = (dens <= 1e-3).astype(np.uint8)
+        return cv2.copyTo(image, empty, out) if empty.any() else out
+
+
+def _masked_blur(image: np.ndarray, regions: LayerRegions | None, window: int) -> np.ndarray:
+    """Box blur of (h, w[, C]) ``image``; same-layer only when ``regions`` is given."""
+    if regions is None:
         return cv2.blur(image, (window, window))
-    out = np.empty_like(image)
-    for k in np.unique(labels):
-        mask = (labels == k).astype(np.float32)
-        weight = mask if image.ndim == 2 else mask[..., None]
-        num = cv2.blur(image * weight, (window, window))
-        den = cv2.blur(mask, (window, window))
-        den = den if image.ndim == 2 else den[..., None]
-        sel = labels == k
-        out[sel] = (num / np.maximum(den, 1e-6))[sel]
-    return out
+    return regions.blur(image, window)
 
 
-def chromaticity(rgb: np.ndarray, labels: np.ndarray | None = None, window: int = 7) -> np.ndarray:
+def chromaticity(rgb: np.ndarray, labels: LayerRegions | None = None, window: int = 7) -> np.ndarray:
     """Local mean chromaticity (r, g) / (r + g + b), float32 (h, w, 2): insensitive to lighting gain."""
-    mean = _masked_blur(rgb.astype(np.float32), labels, window)
-    return mean[..., :2] / (mean.sum(axis=-1, keepdims=True) + 10.0)
+    if labels is None:
+        mean = cv2.blur(rgb, (window, window)).astype(np.float32)
+    else:
+        mean = labels.blur(rgb.astype(np.float32), window)
+    total = mean[..., 0] + mean[..., 1] + mean[..., 2] + 10.0  # (sums over a last axis of 3 are slow in numpy)
+    out = np.empty(mean.shape[:2] + (2,), np.float32)
+    out[..., 0] = mean[..., 0] / total
+    out[..., 1] = mean[..., 1] / total
+    return out
 
 
 def appearance_distance(
     ref_norm: np.ndarray,
     norm: np.ndarray,
     pos_map: np.ndarray,
-    labels: np.ndarray | None = None,
+    labels: LayerRegions | None = None,
     ref_chroma: np.ndarray | None = None,
     chroma: np.ndarray | None = None,
     chroma_weight: float = 2.0,
@@ -82,11 +135,12 @@ def appearance_distance(
     """How different frame t looks at ``pos_map`` from frame 0, per frame-0 pixel. float32 (h, w).
 
     Texture term: mean |difference| of the normalised images over each pixel's ``window``²
-    neighbourhood (only neighbours with the same ``labels``, when given, so a point next to another
+    neighbourhood (only neighbours of the same layer when ``labels`` is given, so a point next to another
     layer is judged by its own layer). Colour term: ``chroma_weight`` × L1 difference of local
     chromaticity (when ``ref_chroma``/``chroma`` are given). ~0 for a match; ≳0.6 for other content.
     """
     out = _masked_blur(np.abs(ref_norm - warp(norm, pos_map)), labels, window)
     if ref_chroma is not None and chroma is not None:
-        out += chroma_weight * np.abs(ref_chroma - warp(chroma, pos_map)).sum(axis=-1)
+        gap = np.abs(ref_chroma - warp(chroma, pos_map))
+        out += chroma_weight * (gap[..., 0] + gap[..., 1])
     return out

@@ -20,6 +20,7 @@ from pipeline.tracking.register import appearance_distance, chromaticity, normal
 
 UNEXPLAINED = 0.45  # robust warping error above which no layer explains a pixel
 MIN_NEW_AREA = 0.004  # smallest unexplained region (fraction of the frame) that becomes a layer
+MOTION_TOLERANCE = 0.75  # px: neighbouring unexplained pixels with closer early displacements share a region
 
 
 def compose_steps(models: np.ndarray, defined: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -53,7 +54,8 @@ def label_by_warping(
     layers: list[tuple[np.ndarray, np.ndarray]],
     grid: np.ndarray,
     fallback: np.ndarray,
-    frames_used: int = 8,
+    motion: np.ndarray | None = None,
+    frames_used: int = 6,
     horizon: int = 45,
     margin: float = 0.05,
 ) -> np.ndarray:
@@ -65,6 +67,8 @@ def label_by_warping(
         layers: per layer (step models (K−1, 3, 3), defined (K−1,)) as from ``find_layers``.
         grid: float32 (h·w, 2) the frame-0 pixel grid, row-major.
         fallback: int (h·w,) labels kept where the warping error cannot decide (e.g. trajectory labels).
+        motion: optional float (h, w, 2) early displacement of each pixel (e.g. chained over a few
+            frames), used to split unexplained regions by motion.
         frames_used: how many keyframes (evenly spread over frames 1..``horizon``) to score.
         margin: layers within ``margin`` of the best score count as ties; a tie keeps the
             ``fallback`` label when it is among them, else goes to the largest tied layer. A layer
@@ -101,22 +105,56 @@ def label_by_warping(
         take = ~decided & np.isfinite(best) & tie[index]
         labels[take] = index
         decided |= take
-    labels = _add_unexplained(labels, np.isfinite(best) & (best > UNEXPLAINED), (h, w))
+    labels = _add_unexplained(labels, np.isfinite(best) & (best > UNEXPLAINED), motion, (h, w))
     return cv2.medianBlur(labels.reshape(h, w).astype(np.uint8), 5).ravel().astype(np.int64)
 
 
-def _add_unexplained(labels: np.ndarray, unexplained: np.ndarray, size: tuple[int, int]) -> np.ndarray:
-    """Give each sizeable connected region that no layer explains a new label."""
+def _add_unexplained(labels: np.ndarray, unexplained: np.ndarray, motion: np.ndarray | None,
+                     size: tuple[int, int]) -> np.ndarray:
+    """Give each sizeable region that no layer explains a new label.
+
+    Regions are grown over unexplained pixels whose early displacement ``motion`` (h, w, 2) differs
+    from a neighbour's by less than ``MOTION_TOLERANCE`` px, so touching objects that move apart
+    get separate layers (without ``motion``: connected components).
+    """
     h, w = size
     mask = cv2.morphologyEx(unexplained.reshape(h, w).astype(np.uint8), cv2.MORPH_OPEN, np.ones((5, 5), np.uint8))
-    count, components, stats, _ = cv2.connectedComponentsWithStats(mask, connectivity=4)
+    if motion is None:
+        count, components = cv2.connectedComponents(mask, connectivity=4)
+    else:
+        components = _grow_regions(mask, motion)
+        count = int(components.max()) + 1
     next_label = int(labels.max()) + 1
     flat = components.ravel()
-    for comp in range(1, count):
-        if stats[comp, cv2.CC_STAT_AREA] >= MIN_NEW_AREA * h * w and next_label < 255:
-            labels[flat == comp] = next_label
-            next_label += 1
+    areas = np.bincount(flat, minlength=count)
+    for comp in np.flatnonzero(areas >= MIN_NEW_AREA * h * w):
+        if comp == 0 or next_label >= 255:
+            continue
+        labels[flat == comp] = next_label
+        next_label += 1
     return labels
+
+
+def _grow_regions(mask: np.ndarray, motion: np.ndarray) -> np.ndarray:
+    """Flood-fill regions of ``mask`` (uint8 (h, w)) with neighbour-to-neighbour motion differences
+    below ``MOTION_TOLERANCE``. Returns int32 (h, w) region ids (0 = outside ``mask``)."""
+    h, w = mask.shape
+    image = np.zeros((h, w, 3), np.float32)
+    image[..., :2] = motion
+    fill_mask = np.ones((h + 2, w + 2), np.uint8)
+    fill_mask[1:-1, 1:-1] = mask == 0  # floodFill never crosses non-zero mask pixels
+    regions = np.zeros((h, w), np.int32)
+    tolerance = (MOTION_TOLERANCE,) * 3
+    next_id = 1
+    for y, x in zip(*np.nonzero(mask)):
+        if regions[y, x]:
+            continue
+        before = fill_mask[1:-1, 1:-1].copy()
+        cv2.floodFill(image, fill_mask, (int(x), int(y)), 0, tolerance, tolerance,
+                      4 | cv2.FLOODFILL_MASK_ONLY | (1 << 8))
+        regions[(fill_mask[1:-1, 1:-1] != 0) & (before == 0)] = next_id
+        next_id += 1
+    return regions
 
 
 def _merge_indistinct(score: np.ndarray, labels: np.ndarray, margin: float, share: float = 0.7) -> np.ndarray:
