@@ -62,12 +62,12 @@ def _train(out: Path) -> None:
     import subprocess
     import sys
 
-    data = {1: [f"data.features={out / 'image_features'}"],
+    data = {1: ["data.json=data/demo/localized_narratives.jsonl", f"data.features={out / 'image_features'}"],
             2: [f"data.shards={out / 'annotate' / 'shards'}", f"data.features={out / 'features'}"],
-            3: [f"data.features={out / 'features'}"]}
+            3: ["data.json=data/demo/instructions.json", f"data.features={out / 'features'}"]}
     for stage in (1, 2, 3):
         stage_out = out / "train" / f"stage{stage}"
-        overrides = [f"out_dir={stage_out}", *data[stage]]
+        overrides = [f"out_dir={stage_out}", "data.synthetic_samples=0", *data[stage]]
         if stage > 1:
             overrides.append(f"init_from={out / 'train' / f'stage{stage - 1}'}")
         print(f"--- stage {stage}", flush=True)
