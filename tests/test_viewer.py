@@ -467,3 +467,31 @@ def test_site_over_http_plays_and_seeks(site, browser):
     finally:
         server.shutdown()
         server.server_close()
+
+
+@pytest.mark.slow
+def test_demo_shards_render_and_draw_their_trajectories(tmp_path, browser, repo_root):
+    """The real demo run (tiny models on the sample clips): every video listed, a trajectory drawn."""
+    from pipeline.annotate import annotate
+    from pipeline.config import PipelineConfig
+    from pipeline.demo_data import prepare_demo_videos
+    from pite.config import load_config
+    from pite.schema import read_shards
+
+    videos = prepare_demo_videos(repo_root / "data/demo/videos")
+    cfg = load_config(repo_root / "configs/pipeline/demo.yaml", PipelineConfig,
+                      overrides=[f"manifest.path={repo_root / 'data/demo/manifest.jsonl'}",
+                                 f"manifest.video_root={videos}"])
+    annotate(cfg, out=tmp_path / "run", progress=False)
+    build_site(tmp_path / "run", tmp_path / "site", SiteSettings(video_root=videos, fallback="none"))
+    open_page(browser, tmp_path / "site" / "index.html")
+    shown = browser.evaluate("window.piteIndex.shownIds()")
+    assert sorted(shown) == ["bigbuckbunny", "bikes", "carphone_pristine", "missing_clip", "synthetic_square"]
+    record = next(r for r in read_shards(tmp_path / "run" / "shards") if r.video_id == "synthetic_square")
+    phrase = record.events[0].phrases[0]
+    k = int(np.flatnonzero(phrase.visibility[0])[len(np.flatnonzero(phrase.visibility[0])) // 2])
+    open_page(browser, video_page(tmp_path / "site", "synthetic_square"))
+    browser.evaluate(f"window.piteViewer.seek({k / 100 * record.duration_s + 1e-3})")
+    x, y = (float(v) for v in phrase.trajectory[0, k])
+    assert pixel(browser, x, y)[3] > 0, "the key trajectory's current point is drawn on the overlay"
+    browser.screenshot(ARTIFACTS / "demo-synthetic_square.png")
