@@ -5,8 +5,8 @@
     PYTHONPATH=. python bench/tracking_bench.py --videos 30 --trackers dis_chain dis_layers
 
 Runs single-threaded by default (OMP_NUM_THREADS=1, cv2.setNumThreads(1)) so s/video is one core's
-time. Videos are rendered once and cached under ``$PITE_CACHE/bench/tracking`` (``--no-cache`` to
-skip). RAFT is timed only when ``--raft-weights`` is given (accuracy with real weights) or with
+time. Videos are rendered on the fly (~1.5 min for the full set); ``--cache`` keeps them under
+``$PITE_CACHE/bench/tracking`` (about 16 MB per video). RAFT is timed only when ``--raft-weights`` is given (accuracy with real weights) or with
 ``--raft-random`` (speed only, random weights, on ``--raft-videos`` videos; its accuracy is meaningless).
 The last line printed is one JSON object with every number in the table.
 """
@@ -100,7 +100,7 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--raft-videos", type=int, default=2, help="videos for --raft-random timing")
     parser.add_argument("--seed", type=int, default=0, help="benchmark seed (0 = the reported set)")
     parser.add_argument("--threads", type=int, default=1, help="CPU threads (default 1)")
-    parser.add_argument("--no-cache", action="store_true", help="render videos without the disk cache")
+    parser.add_argument("--cache", action="store_true", help="keep rendered videos on disk (~16 MB each)")
     args = parser.parse_args(argv)
 
     os.environ["OMP_NUM_THREADS"] = str(args.threads)
@@ -113,7 +113,7 @@ def main(argv: list[str] | None = None) -> dict:
         pass
     videos_per_split = 4 if args.quick else args.videos
     num_queries = 128 if args.quick else args.queries
-    cache = None if args.no_cache else cache_root() / "bench" / "tracking"
+    cache = cache_root() / "bench" / "tracking" if args.cache else None
     trackers = list(args.trackers) + (["raft"] if args.raft_weights else [])
 
     results: dict[str, dict[str, dict[str, float]]] = {name: {} for name in trackers}
