@@ -149,6 +149,17 @@ def completed_counts(paths: ShardPaths) -> tuple[int, int]:
     return int(marker.get("written", 0)), int(marker.get("failed", 0))
 
 
+def skip_completed(paths: ShardPaths, tasks: list[VideoTask], overwrite: bool, bar) -> bool:
+    """True when shard ``paths`` was completed earlier for ``tasks`` (and ``overwrite`` is off);
+    its videos are then counted on the progress ``bar`` as done."""
+    if overwrite or not check_completed(paths, tasks):
+        return False
+    log.info("shard %d already complete; skipped", paths.index)
+    written, failed = completed_counts(paths)
+    bar.advance(written=written, failed=failed, skipped=True)
+    return True
+
+
 def complete_shard(paths: ShardPaths, tasks: list[VideoTask], result: BatchResult) -> None:
     """Write a shard's outputs, then its marker (which records the shard's fingerprint).
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import logging
 from pathlib import Path
 
-from pipeline.executors.base import (check_completed, complete_shard, completed_counts, merge_results,
+from pipeline.executors.base import (skip_completed, complete_shard, merge_results,
                                      merge_run_stats, process_batch)
 from pipeline.manifest import VideoTask, split_into_shards
 from pipeline.progress import RunProgress
@@ -40,10 +40,7 @@ class LocalExecutor:
         with RunProgress(len(tasks), enabled=self.progress) as bar:
             for index, shard_tasks in enumerate(shards):
                 paths = ShardPaths(self.out, index)
-                if not self.overwrite and check_completed(paths, shard_tasks):
-                    log.info("shard %d already complete; skipped", index)
-                    written, failed = completed_counts(paths)
-                    bar.advance(written=written, failed=failed, skipped=True)
+                if skip_completed(paths, shard_tasks, self.overwrite, bar):
                     continue
                 parts = []
                 for start in range(0, len(shard_tasks), self.batch_size):

@@ -60,7 +60,7 @@ from pathlib import Path
 from typing import Any, Iterator
 
 from pipeline.config import RunSettings
-from pipeline.executors.base import (BatchResult, check_completed, complete_shard, completed_counts, fail_videos,
+from pipeline.executors.base import (skip_completed, BatchResult, complete_shard, fail_videos,
                                      finish_batch, merge_results, merge_run_stats)
 from pipeline.executors.ray_pool import StagePool, check_resources
 from pipeline.executors.stages import BatchPayload, Stage, plan_stages
@@ -181,10 +181,7 @@ class RayExecutor:
         with RunProgress(len(tasks), enabled=self.progress) as bar:
             for index, shard_tasks in enumerate(split_into_shards(tasks, self.videos_per_shard)):
                 paths = ShardPaths(self.out, index)
-                if not self.overwrite and check_completed(paths, shard_tasks):
-                    log.info("shard %d already complete; skipped", index)
-                    written, failed = completed_counts(paths)
-                    bar.advance(written=written, failed=failed, skipped=True)
+                if skip_completed(paths, shard_tasks, self.overwrite, bar):
                     continue
                 shards[index] = _Shard(paths, shard_tasks)
                 for b, start in enumerate(range(0, len(shard_tasks), self.batch_size)):
