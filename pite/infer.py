@@ -6,7 +6,7 @@ template (``render_prompt``, Vicuna v1); a question without ``<video>`` gets ``"
 ``<video>`` tokens become T video ids (T = feature frames). Greedy decoding over left-padded batches, stop at EOS.
 
 ``--show-trajectories``: per phrase of an answer, the trajectory head's (P, N, 2) averaged over its generated tokens
-(training targets every token of a phrase). Phrases: lowest noun phrases (``pipeline.nounphrases``, ``--parser``),
+(training targets every token of a phrase). Phrases: lowest noun phrases (``pite.nounphrases``, ``--parser``),
 else each word but function words and numbers (a crude stand-in); chars map to tokens by decoded prefix lengths.
 
 ``pite infer``: rows ``{"id"?, "video_id" (or "video"), "question"}`` (files relative to the input's folder) ->
@@ -109,8 +109,8 @@ def word_phrases(answers: list[str]) -> list[list[tuple[str, int, int]]]:
 
 
 def noun_phrase_finder(parser: str) -> PhraseFinder:
-    """Lowest-level noun phrases by a SuPar parser (``pipeline.nounphrases``)."""
-    from pipeline.nounphrases import NounPhraseExtractor, NounPhraseSettings
+    """Lowest-level noun phrases by a SuPar parser (``pite.nounphrases``)."""
+    from pite.nounphrases import NounPhraseExtractor, NounPhraseSettings
 
     extractor = NounPhraseExtractor(NounPhraseSettings(parser=parser))
     return lambda answers: [[(p.text, p.char_start, p.char_end) for p in found]

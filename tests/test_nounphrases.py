@@ -11,7 +11,7 @@ import nltk
 import pytest
 import torch
 
-from pipeline.nounphrases import (
+from pite.nounphrases import (
     CaptionPhrases,
     DroppedPhrase,
     NounPhrase,

@@ -26,7 +26,7 @@ class NounPhraseStep(PipelineStep):
     @property
     def extractor(self):
         if self._extractor is None:
-            from pipeline.nounphrases import NounPhraseExtractor, NounPhraseSettings
+            from pite.nounphrases import NounPhraseExtractor, NounPhraseSettings
 
             self._extractor = NounPhraseExtractor(NounPhraseSettings(**dataclasses.asdict(self.settings)))
         return self._extractor

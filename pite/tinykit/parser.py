@@ -5,7 +5,7 @@ video-caption sentences, one per line. :func:`build` trains SuPar's ``CRFConstit
 with our own config (``supar_con.ini``: BiLSTM encoder with character features, so nothing is
 downloaded) on ``train.pid``, keeps the epoch that scores best on ``dev.pid``, and scores the
 result on the held-out ``test.pid`` (``eval.json``). The parser is saved as ``parser.pt`` and is
-loaded back by :func:`pipeline.nounphrases.load_parser`, the same loader that reads real parsers.
+loaded back by :func:`pite.nounphrases.load_parser`, the same loader that reads real parsers.
 """
 
 from __future__ import annotations
@@ -57,7 +57,7 @@ def build(out_dir: Path) -> None:
     Writes ``out_dir/eval.json``: labelled/unlabelled bracket F1 (EVALB conventions), NP F1 and
     the F1 of the lowest-level noun phrases the pipeline extracts, all on ``test.pid``.
     """
-    from pipeline.nounphrases import load_parser
+    from pite.nounphrases import load_parser
 
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -87,7 +87,7 @@ def train(path: Path, cfg: dict) -> None:
     """
     from supar import CRFConstituencyParser
 
-    from pipeline.nounphrases import quiet_supar_warnings, trusted_supar_load
+    from pite.nounphrases import quiet_supar_warnings, trusted_supar_load
 
     cfg = dict(cfg)
     run = {k: cfg.pop(k) for k in ("epochs", "patience", "batch_size", "buckets", "update_steps", "seed")}
@@ -111,12 +111,12 @@ def evaluate(parser, treebank: Path) -> dict:
 
     ``labelled_f1`` / ``unlabelled_f1``: SuPar's EVALB-style span scores.
     ``np_f1``: precision/recall of NP spans (leaf index ranges) against the gold NPs.
-    ``lowest_np_f1``: exact match of the phrases :func:`pipeline.nounphrases.lowest_noun_phrases`
+    ``lowest_np_f1``: exact match of the phrases :func:`pite.nounphrases.lowest_noun_phrases`
     extracts from predicted vs gold trees (what the annotation pipeline keeps).
     """
     from supar.utils.transform import Tree
 
-    from pipeline.nounphrases import lowest_noun_phrases, parse_tokens
+    from pite.nounphrases import lowest_noun_phrases, parse_tokens
 
     gold = read_trees(treebank)
     predicted = parse_tokens(parser, [tree.leaves() for tree in gold])
