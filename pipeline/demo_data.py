@@ -11,7 +11,8 @@ import os
 import shutil
 from pathlib import Path
 
-SAMPLE_CLIPS = ("bikes.mp4", "bigbuckbunny.mp4", "carphone_pristine.mp4")
+from pite.footage import SAMPLE_CLIPS
+
 DEMO_VIDEO_DIR = Path("data/demo/videos")
 DEMO_IMAGE_DIR = Path("data/demo/images")
 # image id -> (clip, frame index): the stills that data/demo/localized_narratives.jsonl describes
@@ -23,7 +24,7 @@ DEMO_IMAGES = {"bikes_0000": ("bikes.mp4", 0), "bikes_0100": ("bikes.mp4", 100),
 def prepare_demo_videos(folder: str | Path = DEMO_VIDEO_DIR) -> Path:
     """Copy the sample clips and render ``synthetic_square.mp4`` into ``folder``; return it."""
     from pipeline.synthetic import render_square_clip
-    from pite.video import real_sample_clip, write_video
+    from pite.footage import real_sample_clip, write_video
 
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)

