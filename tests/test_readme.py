@@ -37,7 +37,7 @@ def _results_rows() -> dict[str, list[str]]:
                 break
             continue
         cells = [c.strip() for c in line.strip().strip("|").split("|")]
-        if cells[0] in ("model",) or set(cells[0]) <= {"-"}:
+        if cells[0] == "model" or set(cells[0]) <= {"-"}:
             continue
         rows[cells[0]] = cells[1:]
     return rows
